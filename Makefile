@@ -1,0 +1,32 @@
+# Two commands do everything on a fresh clone:  make run  (the pipeline)  and  make test.
+# Both create .venv with python3 if it is missing and install the project into it.
+
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: install run test lint clean
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	@test -x $(PYTHON) || python3 -m venv $(VENV)
+	@echo "installing into $(VENV) (the first time takes a few minutes: torch is large)"
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+run: $(INSTALLED)
+	dvc repro
+
+test: $(INSTALLED)
+	ruff check .
+	ruff format --check .
+	python -m pytest
+
+lint: $(INSTALLED)
+	ruff check .
+	ruff format --check .
+
+clean:
+	rm -rf .pytest_cache .ruff_cache
