@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from helpers import FileServer, running_server
+
+from naturalist import synthetic
+from naturalist.split import split_dataset
 
 
 @pytest.fixture
@@ -15,3 +19,21 @@ def http_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FileServer]:
     for name in ("no_proxy", "NO_PROXY"):
         monkeypatch.setenv(name, "127.0.0.1,localhost")
     yield from running_server()
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic dataset in the nature_12K layout (20 train and 6 test images per class)."""
+    root = tmp_path_factory.mktemp("raw")
+    synthetic.generate(root, seed=7, train_per_class=20, test_per_class=6, min_side=48, max_side=96)
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Split arrays at 32 px of a synthetic set large enough to learn from (60 per class)."""
+    raw = tmp_path_factory.mktemp("raw_learnable")
+    synthetic.generate(raw, seed=3, train_per_class=60, test_per_class=10, min_side=48, max_side=96)
+    out = tmp_path_factory.mktemp("split") / "split"
+    split_dataset(raw, out, image_size=32, val_fraction=0.2, seed=3, progress=False)
+    return out

@@ -134,7 +134,8 @@ def decode_into(
             shape=(len(labels), size, size, 3),
         )
         for start in range(0, len(labels), 1024):
-            compact[start : start + 1024] = images[start : start + 1024]
+            stop = min(start + 1024, len(labels))
+            compact[start:stop] = images[start:stop]
         compact.flush()
         del images, compact
         os.replace(out_dir / f"{name}_images.tmp.npy", images_path)
