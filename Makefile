@@ -6,7 +6,7 @@ PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install run test lint clean
+.PHONY: install run test lint clean report plots
 
 install: $(INSTALLED)
 
@@ -18,6 +18,14 @@ $(INSTALLED): pyproject.toml
 
 run: $(INSTALLED)
 	dvc repro
+
+# report.md and report_images/ from the last run, compared with main (BASE=<rev> for another)
+report: $(INSTALLED)
+	python -m naturalist.reporting $(if $(BASE),--base $(BASE))
+
+# dvc plots show, readable offline: dvc_plots/index.html with the vega scripts beside it
+plots: $(INSTALLED)
+	python -m naturalist.offline_plots show
 
 test: $(INSTALLED)
 	ruff check .

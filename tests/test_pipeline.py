@@ -68,7 +68,7 @@ def test_a_bad_param_stops_the_stage_with_one_line(repo: PipelineRepo) -> None:
     # DVC removes a stage's outputs before running it; git and the DVC cache still hold the last
     # good ones, so the usual two commands bring them back
     repo.git("checkout", "--", ".")
-    repo.dvc("checkout")
+    repo.dvc("checkout", "train_scratch")
     assert (repo.root / "models/scratch.pt").is_file()
     assert "Swish" not in (repo.root / "params.yaml").read_text()
     assert stages_run(repo.dvc("repro", "train_scratch").stdout) == []
