@@ -841,3 +841,44 @@ def test_records_skip_unfinished_trials(tmp_path: Path, split_dir: Path):
     study = optuna.create_study(storage=default_storage(tmp_path), direction="maximize")
     study.enqueue_trial({"train.lr": 0.01})
     assert records_from_study(study, params.sweep) == []
+
+
+def test_plots_and_importances_of_a_mostly_pruned_sweep(tmp_path: Path):
+    """Under hyperband most trials stop at the first cut: importances then compare every trial
+    at that epoch instead of waiting for 5 complete ones."""
+    from naturalist.sweep_plots import importances, write_plots
+    from naturalist.sweep_report import TrialRecord
+
+    params = make_params(
+        {
+            "early_terminate": {"type": "hyperband", "min_iter": 2, "eta": 3},
+            "parameters": {
+                "model.activation": {"values": ["ReLU", "GELU"]},
+                "train.lr": {"min": 0.0001, "max": 0.01, "distribution": "log_uniform_values"},
+            },
+        },
+        epochs=4,
+    )
+    records = [
+        TrialRecord(
+            0, "complete", {"model.activation": "GELU", "train.lr": 0.003}, [0.2, 0.5, 0.6, 0.7]
+        )
+    ]
+    for n in range(1, 7):
+        activation = "GELU" if n % 2 else "ReLU"
+        curve = [0.1, 0.3 if activation == "GELU" else 0.1]
+        records.append(
+            TrialRecord(n, "pruned", {"model.activation": activation, "train.lr": 0.001 * n}, curve)
+        )
+    records.append(
+        TrialRecord(7, "failed", {"model.activation": "ReLU", "train.lr": 0.001}, [0.1], error="E")
+    )
+    result, what = importances(records, params.sweep)
+    assert what == "best val acc by epoch 2 (the first cut) of 7 trials"
+    assert set(result) == {"model.activation", "train.lr"}
+    assert result["model.activation"] > result["train.lr"]  # activation alone decides here
+    few, what = importances(records[:3], params.sweep)
+    assert few.startswith("importances need at least 5 trials") and "3 trials" in what
+    write_plots(records, params.sweep, tmp_path, epochs=4)
+    for name in ("parallel_coordinates", "param_importances", "val_acc_curves"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 10_000

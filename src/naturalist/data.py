@@ -74,7 +74,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 def to_float_images(batch: torch.Tensor, image_size: int | None = None) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1], resized when ``image_size`` differs.
 
-    The permute leaves the tensor in channels_last memory order, which is what fast convs want.
+    The permute leaves the tensor in channels_last memory order, which is what fast convs want
+    (the training loop puts models in channels_last too).
     """
     images = batch.permute(0, 3, 1, 2).float().div_(255.0)
     if image_size is not None and images.shape[-1] != image_size:

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from naturalist.errors import PipelineError
 
+# An Optuna storage URL from the environment; overrides sweep.storage and may hold a password.
+STORAGE_ENV = "NATURALIST_SWEEP_STORAGE"
 NATURE_12K_URL = "https://storage.googleapis.com/wandb_datasets/nature_12K.zip"
 NATURE_12K_BYTES = 3_816_687_935
 
@@ -308,6 +312,8 @@ class SweepParams(_Section):
 
     engine: Literal["optuna", "wandb"] = "optuna"
     storage: str | None = None
+    heartbeat_interval: PositiveInt = 60
+    grace_period: PositiveInt = 180
     method: Literal["grid", "random", "bayes"] = "random"
     metric: SweepMetric = SweepMetric()
     run_cap: PositiveInt | None = 8
@@ -363,6 +369,18 @@ class SweepParams(_Section):
             raise ValueError(
                 f"sweep.storage: {self.storage!r} is not a storage URL "
                 "(e.g. sqlite:///.sweep/optuna.db); null = the local default"
+            )
+        if self.storage is not None and urlsplit(self.storage).password is not None:
+            shown = re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", self.storage)
+            raise ValueError(
+                f"sweep.storage: {shown!r} holds a password, and params.yaml is committed: "
+                "remove it from the URL and export PGPASSWORD (or use ~/.pgpass, or put the "
+                f"whole URL in {STORAGE_ENV})"
+            )
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError(
+                f"sweep.grace_period: {self.grace_period} must be longer than "
+                f"sweep.heartbeat_interval ({self.heartbeat_interval})"
             )
         return self
 

@@ -292,7 +292,7 @@ def _sweep_cell(row: dict[str, Any], column: str) -> str:
     value = row.get(column)
     if column == "val_acc":
         number = _number(value)
-        return "–" if number is None else f"**{number:.1%}**"
+        return "–" if number is None else f"{number:.1%}"
     if column == "epochs":
         best = row.get("best_epoch")
         return f"{_cell(value)} (best {_cell(best)})" if best not in (None, "") else _cell(value)
@@ -393,8 +393,9 @@ def _dataset_line(root: Path, details: dict[str, Any]) -> str:
             source = "iNaturalist nature_12K"
     except PipelineError:
         pass
+    count = len(details.get("models", {}))
     return (
-        f"{len(details.get('models', {}))} model(s) evaluated on the {details.get('test_images')} "
+        f"{count} model{'s' if count != 1 else ''} evaluated on the {details.get('test_images')} "
         f"test images of {source} ({len(details.get('classes', []))} classes)."
     )
 
@@ -445,7 +446,10 @@ def build_report(
     old = comparison.old_test_acc.get(best)
     if old is not None and resolved:
         delta = (metrics[best]["test_acc"] - old) * 100
-        summary += f"; on {against} it scored {_pct(old)} ({delta:+.1f} points)"
+        if abs(delta) < 0.05:
+            summary += f"; the same test accuracy as on {against}"
+        else:
+            summary += f"; on {against} it scored {_pct(old)} ({delta:+.1f} points)"
     lines += [summary + ".", ""]
 
     lines += [f"## Params that differ from {against}", "", comparison.params_md, ""]

@@ -95,36 +95,44 @@ class _Axis:
 
 
 def parallel_coordinates(records: list[TrialRecord], sweep: SweepParams, path: Path) -> None:
-    """One line per complete trial through its params, coloured by its val accuracy."""
+    """One line per trial through its params to its val accuracy: complete trials coloured by
+    it, pruned trials in grey at the val accuracy they reached before the cut."""
     title = "Sweep: params against val accuracy"
-    complete = sorted(
-        (r for r in records if r.state == "complete" and r.val_acc), key=lambda r: r.best_val_acc
-    )
-    if not complete:
-        _blank(path, title, "no complete trial to show")
+    shown = [r for r in records if r.state in ("complete", "pruned") and r.val_acc]
+    if not shown:
+        _blank(path, title, "no complete or pruned trial to show")
         return
+    complete = sorted((r for r in shown if r.state == "complete"), key=lambda r: r.best_val_acc)
+    pruned = [r for r in shown if r.state == "pruned"]
     names = varied(sweep) or list(sweep.parameters)
     axes = [_Axis(sweep.parameters[name]) for name in names]
-    accs = [r.best_val_acc for r in complete]
+    accs = [r.best_val_acc for r in shown]
     low, high = min(accs), max(accs)
     if high - low < 1e-9:
         low, high = low - 0.01, high + 0.01
-    norm = Normalize(low, high)
+    span = Normalize(low, high)  # positions on the val acc axis
+    scale = [r.best_val_acc for r in complete] or accs  # colours spread over complete trials
+    colour = Normalize(min(scale), max(max(scale), min(scale) + 0.01))
     cmap = colormaps["viridis"]
 
     figure = Figure(figsize=(2.0 * (len(names) + 1) + 1.5, 5.5), layout="constrained")
     ax = figure.subplots()
     xs = list(range(len(names) + 1))
+
+    def ys(record: TrialRecord) -> list[float]:
+        out = [axis.position(record.params[name]) for axis, name in zip(axes, names, strict=True)]
+        return [*out, span(record.best_val_acc)]
+
+    for record in pruned:
+        ax.plot(xs, ys(record), color="0.7", linewidth=1.0, linestyle="--", zorder=1.5)
     for record in complete:
-        ys = [axis.position(record.params[name]) for axis, name in zip(axes, names, strict=True)]
-        ys.append(norm(record.best_val_acc))
         best = record is complete[-1]
         ax.plot(
             xs,
-            ys,
-            color=cmap(norm(record.best_val_acc)),
+            ys(record),
+            color=cmap(colour(record.best_val_acc)),
             linewidth=3.0 if best else 1.4,
-            alpha=1.0 if best else 0.75,
+            alpha=1.0 if best else 0.8,
             zorder=3 if best else 2,
         )
     for x, axis in enumerate(axes):
@@ -142,67 +150,94 @@ def parallel_coordinates(records: list[TrialRecord], sweep: SweepParams, path: P
             )
     ax.axvline(len(names), color="black", linewidth=0.8, zorder=1)
     for fraction in (0.0, 0.5, 1.0):
-        ax.text(
-            len(names) + 0.04,
-            fraction,
-            f"{low + fraction * (high - low):.3f}",
-            fontsize=8,
-            va="center",
-            ha="left",
-        )
+        value = low + fraction * (high - low)
+        ax.text(len(names) + 0.04, fraction, f"{value:.3f}", fontsize=8, va="center", ha="left")
     ax.set_xticks(xs, [*names, "val acc"], rotation=15, ha="right", fontsize=9)
     ax.set_yticks([])
     ax.set_xlim(-0.1, len(names) + 0.6)
     ax.set_ylim(-0.05, 1.05)
     for side in ("left", "right", "top"):
         ax.spines[side].set_visible(False)
-    figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="best val acc", shrink=0.8)
-    hidden = len(records) - len(complete)
+    if complete:
+        figure.colorbar(
+            ScalarMappable(norm=colour, cmap=cmap), ax=ax, label="best val acc", shrink=0.8
+        )
     ax.set_title(
-        f"{title}: {len(complete)} complete trials"
-        + (f" ({hidden} pruned or failed not shown)" if hidden else "")
-        + "; the best is bold"
+        f"{title}: {_count(len(complete), 'complete trial')} in colour (the best bold)"
+        + (
+            f", {_count(len(pruned), 'pruned trial')} in grey at the val acc they reached"
+            if pruned
+            else ""
+        )
     )
     figure.savefig(path, dpi=100)
 
 
-def importances(records: list[TrialRecord], sweep: SweepParams) -> dict[str, float] | str:
-    """PED-ANOVA importance of each varied param for reaching the top quarter of val accuracy,
-    over the complete trials; or the reason there are none."""
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def importance_basis(
+    records: list[TrialRecord], sweep: SweepParams
+) -> tuple[list[tuple[TrialRecord, float]], str]:
+    """The trials and values to rank: complete trials by their best val accuracy; or, when too
+    few completed under early termination, every trial that reached the first cut, by its best
+    val accuracy up to that epoch (all of them trained that long)."""
+    complete = [(r, r.best_val_acc) for r in records if r.state == "complete" and r.val_acc]
+    early = sweep.early_terminate
+    if len(complete) >= MIN_TRIALS_FOR_IMPORTANCE or early is None:
+        return complete, f"best val acc of {_count(len(complete), 'complete trial')}"
+    cut = early.min_iter
+    reached = [
+        (r, max(r.val_acc[:cut]))
+        for r in records
+        if r.state in ("complete", "pruned") and r.epochs >= cut
+    ]
+    return (
+        reached,
+        f"best val acc by epoch {cut} (the first cut) of {_count(len(reached), 'trial')}",
+    )
+
+
+def importances(
+    records: list[TrialRecord], sweep: SweepParams
+) -> tuple[dict[str, float] | str, str]:
+    """PED-ANOVA importance of each varied param for reaching the top quarter, and what was
+    ranked; or the reason there are none."""
     import optuna
     from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
-    complete = [r for r in records if r.state == "complete" and r.val_acc]
     names = varied(sweep)
+    basis, what = importance_basis(records, sweep)
     if not names:
-        return "no param takes more than one value"
-    if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
+        return "no param takes more than one value", what
+    if len(basis) < MIN_TRIALS_FOR_IMPORTANCE:
         return (
-            f"importances need at least {MIN_TRIALS_FOR_IMPORTANCE} complete trials "
-            f"(this sweep has {len(complete)})"
-        )
+            f"importances need at least {MIN_TRIALS_FOR_IMPORTANCE} trials to compare "
+            f"(this sweep has {what})"
+        ), what
     distributions = {name: optuna_distribution(sweep.parameters[name]) for name in names}
     study = optuna.create_study(direction="maximize")
-    for record in complete:
+    for record, value in basis:
         study.add_trial(
             optuna.trial.create_trial(
                 params={name: encode_choice(record.params[name]) for name in names},
                 distributions=distributions,
-                value=record.best_val_acc,
+                value=value,
             )
         )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             evaluator = PedAnovaImportanceEvaluator(target_quantile=IMPORTANCE_QUANTILE)
-            return dict(get_param_importances(study, evaluator=evaluator, normalize=True))
+            return dict(get_param_importances(study, evaluator=evaluator, normalize=True)), what
     except Exception as error:  # a plot never stops the stage
-        return f"importances could not be computed ({type(error).__name__}: {error})"
+        return f"importances could not be computed ({type(error).__name__}: {error})", what
 
 
 def param_importances(records: list[TrialRecord], sweep: SweepParams, path: Path) -> None:
     title = "Sweep: param importance"
-    result = importances(records, sweep)
+    result, what = importances(records, sweep)
     if isinstance(result, str):
         _blank(path, title, result)
         return
@@ -213,10 +248,8 @@ def param_importances(records: list[TrialRecord], sweep: SweepParams, path: Path
     ax.bar_label(bars, labels=[f"{value:.2f}" for _, value in items], padding=3, fontsize=8)
     ax.set_xlim(0, max(1e-9, max(v for _, v in items)) * 1.15)
     ax.set_xlabel("importance (PED-ANOVA, normalised to sum to 1)")
-    n = sum(r.state == "complete" for r in records)
     ax.set_title(
-        f"{title} for reaching the top {IMPORTANCE_QUANTILE:.0%} val acc ({n} complete trials)",
-        fontsize=10,
+        f"{title} for reaching the top {IMPORTANCE_QUANTILE:.0%}\nranked by: {what}", fontsize=10
     )
     figure.savefig(path, dpi=100)
 
@@ -241,7 +274,7 @@ def val_acc_curves(records: list[TrialRecord], sweep: SweepParams, epochs: int, 
             ax.plot(xs, record.val_acc, color="0.6", linewidth=1.0, zorder=2)
             ax.plot(xs[-1], record.val_acc[-1], "x", color="0.35", zorder=2)
         else:
-            ax.plot(xs, record.val_acc, color="tab:red", linestyle=":", linewidth=1.0, zorder=2)
+            ax.plot(xs, record.val_acc, color="tab:red", linestyle=":", marker=".", linewidth=1.0)
     early = sweep.early_terminate
     if early is not None:
         rung = early.min_iter
@@ -255,12 +288,12 @@ def val_acc_curves(records: list[TrialRecord], sweep: SweepParams, epochs: int, 
     handles = [
         Line2D([], [], color=cmap(0.8), label="complete (colour = best val acc)"),
         Line2D([], [], color="0.6", marker="x", label="pruned (x = last epoch)"),
-        Line2D([], [], color="tab:red", linestyle=":", label="failed / interrupted"),
+        Line2D([], [], color="tab:red", linestyle=":", marker=".", label="failed / interrupted"),
     ]
     if early is not None:
         handles.append(Line2D([], [], color="0.8", linestyle="--", label="hyperband rungs"))
     ax.legend(handles=handles, loc="lower right", fontsize=8)
-    ax.set_title(f"Sweep: val accuracy per epoch, {len(records)} trials")
+    ax.set_title(f"Sweep: val accuracy per epoch, {_count(len(records), 'trial')}")
     ax.grid(alpha=0.3)
     figure.savefig(path, dpi=100)
 

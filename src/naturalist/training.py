@@ -102,7 +102,7 @@ def autocast(device: torch.device) -> torch.autocast:
 @torch.no_grad()
 def predict(model: nn.Module, loader: BatchLoader) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (float32, on the CPU) and labels for every batch of ``loader``, in order."""
-    model.eval()
+    model.eval().to(memory_format=torch.channels_last)
     logits, labels = [], []
     for images, targets in loader:
         with autocast(loader.device):
@@ -137,9 +137,8 @@ def fit(
     """
     seed_everything(config.seed)
     device = resolve_device(config.device)
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    # channels_last: 1.2-1.6x faster convs on this 2-core CPU (bench/README.md) as well as on CUDA
+    model.to(device, memory_format=torch.channels_last)
     train_loader = BatchLoader(
         train,
         batch_size=config.batch_size,
