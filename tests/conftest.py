@@ -37,3 +37,16 @@ def small_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("split") / "split"
     split_dataset(raw, out, image_size=32, val_fraction=0.2, seed=3, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def split_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Sweep-sized split: 30 train images per class (24 train + 6 val) at 32 px."""
+    root = tmp_path_factory.mktemp("sweepdata")
+    synthetic.generate(
+        root / "raw", seed=0, train_per_class=30, test_per_class=1, min_side=32, max_side=48
+    )
+    split_dataset(
+        root / "raw", root / "split", image_size=32, val_fraction=0.2, seed=0, progress=False
+    )
+    return root / "split"

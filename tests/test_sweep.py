@@ -24,11 +24,9 @@ import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from naturalist import sweep as sweep_module
-from naturalist import synthetic
 from naturalist.errors import PipelineError
 from naturalist.models import load_checkpoint
 from naturalist.params import Params, ParamsError, parse_params
-from naturalist.split import split_dataset
 from naturalist.sweep import (
     SweepContext,
     default_storage,
@@ -59,19 +57,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def split_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """30 train images per class (24 train + 6 val after the split) at 32 px."""
-    root = tmp_path_factory.mktemp("sweepdata")
-    synthetic.generate(
-        root / "raw", seed=0, train_per_class=30, test_per_class=1, min_side=32, max_side=48
-    )
-    split_dataset(
-        root / "raw", root / "split", image_size=32, val_fraction=0.2, seed=0, progress=False
-    )
-    return root / "split"
 
 
 def make_params(sweep: dict[str, Any], *, epochs: int = 2, **sections: Any) -> Params:

@@ -19,10 +19,8 @@ import torch
 import yaml
 from postgres_server import PASSWORD, find_bin_dir, running_postgres
 
-from naturalist import synthetic
 from naturalist.errors import PipelineError
 from naturalist.params import STORAGE_ENV, Params, ParamsError, parse_params
-from naturalist.split import split_dataset
 from naturalist.sweep import (
     default_storage,
     masked,
@@ -61,18 +59,6 @@ def postgres() -> Iterator[str]:
         pytest.skip("PostgreSQL is not installed (.ci/run installs Debian's postgresql package)")
     with running_postgres() as url:
         yield url.replace(f":{PASSWORD}@", "@")
-
-
-@pytest.fixture(scope="module")
-def split_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("shared_sweep_data")
-    synthetic.generate(
-        root / "raw", seed=0, train_per_class=30, test_per_class=1, min_side=32, max_side=48
-    )
-    split_dataset(
-        root / "raw", root / "split", image_size=32, val_fraction=0.2, seed=0, progress=False
-    )
-    return root / "split"
 
 
 def make_params(sweep: dict[str, Any], *, storage: str | None, epochs: int, seed: int) -> Params:
