@@ -97,7 +97,7 @@ def start_worker(folder: Path, params: Params, split_dir: Path) -> subprocess.Po
 
 
 def wait_for_line(folder: Path, text: str, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # torch imports slowly on a busy machine
     log = folder / "worker.log"
     while text not in log.read_text():
         assert process.poll() is None, log.read_text()
