@@ -6,10 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import FileServer, running_server
+from helpers import FileServer, make_synthetic_split, running_server
 
 from naturalist import synthetic
-from naturalist.split import split_dataset
 
 
 @pytest.fixture
@@ -32,21 +31,24 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def small_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Split arrays at 32 px of a synthetic set large enough to learn from (60 per class)."""
-    raw = tmp_path_factory.mktemp("raw_learnable")
-    synthetic.generate(raw, seed=3, train_per_class=60, test_per_class=10, min_side=48, max_side=96)
-    out = tmp_path_factory.mktemp("split") / "split"
-    split_dataset(raw, out, image_size=32, val_fraction=0.2, seed=3, progress=False)
-    return out
+    return make_synthetic_split(
+        tmp_path_factory.mktemp("learnable"),
+        seed=3,
+        train_per_class=60,
+        test_per_class=10,
+        min_side=48,
+        max_side=96,
+    )
 
 
 @pytest.fixture(scope="session")
 def split_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Sweep-sized split: 30 train images per class (24 train + 6 val) at 32 px."""
-    root = tmp_path_factory.mktemp("sweepdata")
-    synthetic.generate(
-        root / "raw", seed=0, train_per_class=30, test_per_class=1, min_side=32, max_side=48
+    return make_synthetic_split(
+        tmp_path_factory.mktemp("sweepdata"),
+        seed=0,
+        train_per_class=30,
+        test_per_class=1,
+        min_side=32,
+        max_side=48,
     )
-    split_dataset(
-        root / "raw", root / "split", image_size=32, val_fraction=0.2, seed=0, progress=False
-    )
-    return root / "split"

@@ -19,6 +19,11 @@ from pathlib import Path
 
 from PIL import Image
 
+from naturalist import synthetic
+from naturalist.params import Params
+from naturalist.split import split_dataset
+from naturalist.sweep import SweepSummary, run_sweep
+
 NATURE_CLASSES = (
     "Amphibia",
     "Animalia",
@@ -318,3 +323,46 @@ def running_server() -> Iterator[FileServer]:
         yield server
     finally:
         server.stop()
+
+
+def make_synthetic_split(
+    root: Path,
+    *,
+    seed: int,
+    train_per_class: int,
+    test_per_class: int,
+    min_side: int,
+    max_side: int,
+    val_fraction: float = 0.2,
+    image_size: int = 32,
+) -> Path:
+    """Generate the synthetic dataset in ``root / "raw"``; split it into ``root / "split"``."""
+    synthetic.generate(
+        root / "raw",
+        seed=seed,
+        train_per_class=train_per_class,
+        test_per_class=test_per_class,
+        min_side=min_side,
+        max_side=max_side,
+    )
+    split_dataset(
+        root / "raw",
+        root / "split",
+        image_size=image_size,
+        val_fraction=val_fraction,
+        seed=seed,
+        progress=False,
+    )
+    return root / "split"
+
+
+def run_sweep_in(tmp: Path, params: Params, split_dir: Path) -> SweepSummary:
+    """The sweep stage with every output and the Optuna storage under ``tmp``."""
+    return run_sweep(
+        params,
+        split_dir=split_dir,
+        results_dir=tmp / "results" / "sweep",
+        model_path=tmp / "models" / "sweep_best.pt",
+        sweep_dir=tmp / ".sweep",
+        progress=False,
+    )

@@ -17,8 +17,8 @@ from types import ModuleType
 import pytest
 import torch
 import yaml
+from helpers import make_synthetic_split
 
-from naturalist import synthetic
 from naturalist.backbones import (
     WeightsUnavailable,
     build_finetune_model,
@@ -31,7 +31,6 @@ from naturalist.errors import PipelineError
 from naturalist.models import load_checkpoint, save_checkpoint
 from naturalist.params import FinetuneParams, parse_params
 from naturalist.runs import Splits, finetune, train_scratch
-from naturalist.split import split_dataset
 from naturalist.training import FitConfig, evaluate, fit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,11 +41,16 @@ V2_URL = "https://download.pytorch.org/models/" + V2_FILE
 @pytest.fixture(scope="module")
 def splits(tmp_path_factory: pytest.TempPathFactory) -> Splits:
     """300 train / 100 val synthetic images at 32 px."""
-    raw = tmp_path_factory.mktemp("ft_raw")
-    synthetic.generate(raw, seed=11, train_per_class=40, test_per_class=2, min_side=48, max_side=96)
-    out = tmp_path_factory.mktemp("ft_split") / "split"
-    split_dataset(raw, out, image_size=32, val_fraction=0.25, seed=11, progress=False)
-    return Splits.load(out)
+    split = make_synthetic_split(
+        tmp_path_factory.mktemp("ft"),
+        seed=11,
+        train_per_class=40,
+        test_per_class=2,
+        min_side=48,
+        max_side=96,
+        val_fraction=0.25,
+    )
+    return Splits.load(split)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import optuna
 import pytest
 import torch
 import yaml
+from helpers import run_sweep_in
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from naturalist import sweep as sweep_module
@@ -31,7 +32,6 @@ from naturalist.sweep import (
     SweepContext,
     default_storage,
     records_from_study,
-    run_sweep,
     study_name,
     wandb_trial,
 )
@@ -70,17 +70,6 @@ def make_params(sweep: dict[str, Any], *, epochs: int = 2, **sections: Any) -> P
     for name, values in sections.items():
         raw[name] = {**raw.get(name, {}), **values}
     return parse_params(raw)
-
-
-def sweep_in(tmp: Path, params: Params, split_dir: Path) -> sweep_module.SweepSummary:
-    return run_sweep(
-        params,
-        split_dir=split_dir,
-        results_dir=tmp / "results" / "sweep",
-        model_path=tmp / "models" / "sweep_best.pt",
-        sweep_dir=tmp / ".sweep",
-        progress=False,
-    )
 
 
 def load_study(tmp: Path, params: Params, split_dir: Path) -> optuna.Study:
@@ -426,7 +415,7 @@ GRID = {
 
 def test_grid_sweep_writes_every_output(tmp_path: Path, split_dir: Path):
     params = make_params(GRID)
-    summary = sweep_in(tmp_path, params, split_dir)
+    summary = run_sweep_in(tmp_path, params, split_dir)
     results = tmp_path / "results" / "sweep"
 
     rows = read_csv(results / "leaderboard.csv")
@@ -496,7 +485,7 @@ def test_raising_run_cap_resumes_without_rerunning(
     first = make_params(
         {"method": "random", "run_cap": 2, "early_terminate": None, "parameters": space}
     )
-    sweep_in(tmp_path, first, split_dir)
+    run_sweep_in(tmp_path, first, split_dir)
     assert len(count_trainings) == 2
     before = {t.number: t for t in load_study(tmp_path, first, split_dir).trials}
 
@@ -504,7 +493,7 @@ def test_raising_run_cap_resumes_without_rerunning(
         {"method": "random", "run_cap": 4, "early_terminate": None, "parameters": space}
     )
     assert study_name(more, split_dir) == study_name(first, split_dir)  # run_cap is not identity
-    summary = sweep_in(tmp_path, more, split_dir)
+    summary = run_sweep_in(tmp_path, more, split_dir)
     assert len(count_trainings) == 4  # two new trainings, the first two were kept
     after = {t.number: t for t in load_study(tmp_path, more, split_dir).trials}
     assert sorted(after) == [0, 1, 2, 3]
@@ -604,7 +593,7 @@ def test_a_killed_sweep_resumes_and_keeps_its_finished_trials(
     stopped = load_study(tmp_path, params, split_dir).trials
     assert [t.state.name for t in stopped] == ["COMPLETE", "RUNNING"]  # as kill -9 leaves it
 
-    sweep_in(tmp_path, params, split_dir)  # the re-run, in this process
+    run_sweep_in(tmp_path, params, split_dir)  # the re-run, in this process
     check_resumed(tmp_path, params, split_dir, stopped)
     # it trained the interrupted trial's params again, then the one trial still missing
     assert len(count_trainings) == 2
@@ -633,11 +622,11 @@ def test_an_interrupted_trial_is_retried_on_the_next_run(
 
     monkeypatch.setattr(sweep_module, "train_scratch", interrupt_second)
     with pytest.raises(KeyboardInterrupt):
-        sweep_in(tmp_path, params, split_dir)
+        run_sweep_in(tmp_path, params, split_dir)
     stopped = load_study(tmp_path, params, split_dir).trials
     assert [t.state.name for t in stopped] == ["COMPLETE", "FAIL"]
     assert stopped[1].user_attrs == {"interrupted": True}
-    sweep_in(tmp_path, params, split_dir)
+    run_sweep_in(tmp_path, params, split_dir)
     check_resumed(tmp_path, params, split_dir, stopped)
     assert calls[2:] == [stopped[1].params["model.activation"], calls[3]] and len(calls) == 4
 
@@ -689,7 +678,7 @@ def test_hyperband_prunes_trials_behind_at_a_rung(tmp_path: Path):
     )
     for lr in lrs:  # the order the trials run in
         study.enqueue_trial({"train.lr": lr})
-    summary = sweep_in(tmp_path, params, split_dir)
+    summary = run_sweep_in(tmp_path, params, split_dir)
     learner = next(r for r in summary.records if r.params["train.lr"] == 0.003)
     assert learner.state == "complete" and learner.epochs == 3
     pruned = [r for r in summary.records if r.state == "pruned"]
@@ -735,7 +724,7 @@ def test_a_crashing_trial_is_failed_and_the_sweep_goes_on(
             },
         }
     )
-    summary = sweep_in(tmp_path, params, split_dir)
+    summary = run_sweep_in(tmp_path, params, split_dir)
     rows = read_csv(tmp_path / "results" / "sweep" / "leaderboard.csv")
     assert [r["state"] for r in rows] == ["complete", "failed", "failed", "failed"]
     assert rows[0]["train.device"] == "cpu" and rows[0]["model.activation"] == "ReLU"
@@ -764,7 +753,7 @@ def test_a_sweep_without_a_complete_trial_stops_with_the_first_error(
     if torch.backends.mps.is_available():
         pytest.skip("needs a machine without MPS")
     with pytest.raises(PipelineError, match=r"none of 1 trials completed \(first error: "):
-        sweep_in(tmp_path, params, split_dir)
+        run_sweep_in(tmp_path, params, split_dir)
     rows = read_csv(tmp_path / "results" / "sweep" / "leaderboard.csv")
     assert [r["state"] for r in rows] == ["failed"]
     assert not (tmp_path / "models" / "sweep_best.pt").exists()
@@ -783,7 +772,7 @@ def test_wandb_engine_needs_a_login(
     monkeypatch.setenv("NETRC", str(netrc))
     params = make_params({"engine": "wandb"}, wandb={"mode": "online"})
     with pytest.raises(PipelineError, match=r"sweep.engine: wandb needs a W&B login"):
-        sweep_in(tmp_path, params, split_dir)
+        run_sweep_in(tmp_path, params, split_dir)
 
 
 def test_wandb_trial_function_runs_an_agent_style_run_offline(

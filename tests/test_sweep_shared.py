@@ -17,6 +17,7 @@ import optuna
 import pytest
 import torch
 import yaml
+from helpers import run_sweep_in
 from postgres_server import PASSWORD, find_bin_dir, running_postgres
 
 from naturalist.errors import PipelineError
@@ -26,7 +27,6 @@ from naturalist.sweep import (
     masked,
     open_study,
     resolve_storage,
-    run_sweep,
     run_worker,
     storage_url,
     study_name,
@@ -103,17 +103,6 @@ def wait_for_line(folder: Path, text: str, process: subprocess.Popen[str]) -> No
         assert process.poll() is None, log.read_text()
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.1)
-
-
-def stage(tmp: Path, params: Params, split_dir: Path) -> Any:
-    return run_sweep(
-        params,
-        split_dir=split_dir,
-        results_dir=tmp / "results" / "sweep",
-        model_path=tmp / "models" / "sweep_best.pt",
-        sweep_dir=tmp / ".sweep",
-        progress=False,
-    )
 
 
 def stop(processes: list[subprocess.Popen[str]]) -> None:
@@ -204,7 +193,7 @@ def test_two_workers_and_the_stage_share_a_grid_sweep(
     try:
         for i, worker in enumerate(workers, 1):  # both are up and waiting for the study
             wait_for_line(tmp_path / f"machine{i}", "waiting for study", worker)
-        summary = stage(tmp_path / "main", params, split_dir)
+        summary = run_sweep_in(tmp_path / "main", params, split_dir)
         for worker in workers:
             assert worker.wait(timeout=120) == 0
     finally:
@@ -279,7 +268,7 @@ def test_a_worker_killed_mid_trial_does_not_stall_the_sweep(
 
     started = time.monotonic()
     params = make_params(sweep, storage=postgres, epochs=12, seed=2)
-    stage(tmp_path / "main", params, split_dir)
+    run_sweep_in(tmp_path / "main", params, split_dir)
     seconds = time.monotonic() - started
     assert "trial 0 lost its worker" in capsys.readouterr().out
 

@@ -842,32 +842,29 @@ def run_sweep(
         study = run_optuna(context, resolve_storage(params, sweep_dir))
         records = records_from_study(study, sweep)
     best = best_record(records)
-    if best is None:
-        write_results(
-            records,
-            sweep,
-            results_dir=results_dir,
-            study_name=context.study_name,
-            epochs=params.train.epochs,
-        )
-        errors = [r.error for r in records if r.error]
-        raise PipelineError(
-            f"sweep: none of {len(records)} trials completed"
-            + (f" (first error: {errors[0]})" if errors else "")
-            + f"; see {results_dir / 'leaderboard.csv'}"
-        )
-    checkpoint = _ensure_checkpoint(context, best)
+    with_best: dict[str, Any] = {}
+    if best is not None:
+        with_best = {
+            "best_params": apply_overrides(params, best.params),
+            "best_checkpoint": _ensure_checkpoint(context, best),
+            "model_path": model_path,
+            "trial_dirs": {r.number: context.trial_dir(r.number) / DVCLIVE for r in records},
+        }
     write_results(
         records,
         sweep,
         results_dir=results_dir,
         study_name=context.study_name,
         epochs=params.train.epochs,
-        best_params=apply_overrides(params, best.params),
-        best_checkpoint=checkpoint,
-        model_path=model_path,
-        trial_dirs={r.number: context.trial_dir(r.number) / DVCLIVE for r in records},
+        **with_best,
     )
+    if best is None:
+        errors = [r.error for r in records if r.error]
+        raise PipelineError(
+            f"sweep: none of {len(records)} trials completed"
+            + (f" (first error: {errors[0]})" if errors else "")
+            + f"; see {results_dir / 'leaderboard.csv'}"
+        )
     summary = SweepSummary(best, records, context.study_name, time.perf_counter() - started)
     counts = Counter(r.state for r in records)
     print(
