@@ -316,7 +316,7 @@ class SweepParams(_Section):
     grace_period: PositiveInt = 180
     method: Literal["grid", "random", "bayes"] = "random"
     metric: SweepMetric = SweepMetric()
-    run_cap: PositiveInt | None = 8
+    run_cap: PositiveInt | None = 6
     early_terminate: SweepEarlyTerminate | None = SweepEarlyTerminate()
     parameters: dict[str, SweepParameter] = Field(default_factory=_original_space)
 
