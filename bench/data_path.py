@@ -19,6 +19,7 @@ from common import images_per_second, make_large_jpegs, make_split, print_table
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
+from naturalist.allocator import keep_freed_memory
 from naturalist.data import BatchLoader, load_split
 from naturalist.split import split_dataset
 
@@ -67,7 +68,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/naturalist-bench"))
     args = parser.parse_args()
-
+    keep_freed_memory()  # the allocator settings of training.fit, for both loaders
     raw = make_large_jpegs(args.workdir / f"raw-{args.per_class}", args.per_class)
     count = args.per_class * 10
     print(

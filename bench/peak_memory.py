@@ -34,7 +34,9 @@ elif mode == "naive-split":
     images = [decode_image(p, size) for files in layout.files["train"].values() for p in files]
     tensor = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255)
 elif mode == "train":
+    from naturalist.allocator import keep_freed_memory
     from naturalist.data import BatchLoader, load_split
+    keep_freed_memory()  # as training.fit does: the heap keeps its peak
     from naturalist.models import ScratchCNN
     model = ScratchCNN(filters=[32] * 5, kernel_sizes=[3] * 5, activation="ReLU",
                        batch_norm=True, dropout=0.2, dense_units=128, image_size=size)

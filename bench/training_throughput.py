@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
+from naturalist.allocator import keep_freed_memory
 from naturalist.data import BatchLoader, load_split
 from naturalist.models import ScratchCNN, scratch_config
 from naturalist.params import load_params
@@ -49,8 +50,10 @@ def main() -> None:
     size, batch = params.data.image_size, params.train.batch_size
     raw = make_large_jpegs(args.workdir / f"raw-{args.per_class}", args.per_class)
     split_dir = make_split(raw, args.workdir / f"split-{args.per_class}-{size}", size)
+    keep_freed_memory()  # both loops run with the allocator settings of training.fit
     torch.manual_seed(0)
     model = ScratchCNN(**scratch_config(params.model, size, 10))
+    model.to(memory_format=torch.channels_last)  # as training.fit does
 
     folder = datasets.ImageFolder(
         str(raw / "train"),

