@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -14,6 +15,8 @@ import os, sys
 from naturalist.allocator import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
+elif sys.argv[1] == "opted-out":
+    assert not keep_freed_memory()
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -24,9 +27,13 @@ print((rss() - before) // 2**20)
 """
 
 
-def held_after_free(mode: str) -> int:
+def held_after_free(mode: str, env: dict[str, str] | None = None) -> int:
     done = subprocess.run(
-        [sys.executable, "-c", HELD_AFTER_FREE, mode], capture_output=True, text=True, check=True
+        [sys.executable, "-c", HELD_AFTER_FREE, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **(env or {})},
     )
     return int(done.stdout)
 
@@ -35,3 +42,8 @@ def held_after_free(mode: str) -> int:
 def test_freed_block_is_kept_only_after_keep_freed_memory() -> None:
     assert held_after_free("glibc") < 16  # glibc unmaps a block this large on free
     assert held_after_free("keep") >= 250  # kept in the heap for the next allocation
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_environment_variable_opts_out() -> None:
+    assert held_after_free("opted-out", {"NATURALIST_KEEP_FREED_MEMORY": "0"}) < 16

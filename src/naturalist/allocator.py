@@ -3,10 +3,12 @@
 glibc's malloc hands every block above its mmap threshold (32 MiB at most) to the kernel on free
 and maps fresh, zero-filled pages on the next allocation. A CNN's first-block activations are that
 large (64 images x 32 channels x 64 x 64 floats is 32 MiB), so each step pays page faults for
-every big activation and gradient: on the 2-core CPU here, a third of the default model's step
-(bench/sweep_cost.py measures it). Serving every block from malloc's heap and never trimming it
+every big activation and gradient: on the 2-core CPU here, over a third of the default model's step
+(bench/training_step.py measures it). Serving every block from malloc's heap and never trimming it
 makes the second step reuse the first step's pages. This is what jemalloc or tcmalloc preloaded
-would do, without a preload; the price is that the process keeps its peak heap until it exits.
+would do, without a preload. The price is memory: the process keeps its peak heap, holes
+included, until it exits (training at 224 px: 5.4 GiB against 3.6 GiB, bench/peak_memory.py).
+Set NATURALIST_KEEP_FREED_MEMORY=0 to keep glibc's defaults; the results are the same either way.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 import sys
 
+OPT_OUT = "NATURALIST_KEEP_FREED_MEMORY"  # "0" = leave glibc's settings alone
 # mallopt parameters, from glibc's malloc.h
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
@@ -27,7 +31,7 @@ def keep_freed_memory() -> bool:
 
     Process-wide and done once; elsewhere (macOS, Windows, musl) it does nothing.
     """
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or os.environ.get(OPT_OUT) == "0":
         return False
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
