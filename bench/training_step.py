@@ -88,7 +88,10 @@ def models_to_time(params: Params) -> list[tuple[str, str, dict]]:
 def child(allocator: str, repeats: int, profile_default: bool) -> None:
     """Time every model in this process and print the seconds per step as JSON."""
     if allocator == "kept" and not keep_freed_memory():
-        raise SystemExit("keep_freed_memory needs glibc (Linux): nothing to compare here")
+        raise SystemExit(
+            "keep_freed_memory did not apply (it needs glibc on Linux, and "
+            "NATURALIST_KEEP_FREED_MEMORY not set to 0): nothing to compare"
+        )
     params = load_params(REPO / "params.yaml")
     models = models_to_time(params)
     if profile_default:
@@ -103,8 +106,9 @@ def run_child(allocator: str, args: argparse.Namespace, profile_default: bool) -
         command + (["--profile"] if profile_default else []),
         capture_output=True,
         text=True,
-        check=True,
     )
+    if done.returncode != 0:  # the child's last line says why (a traceback or a SystemExit)
+        raise SystemExit((done.stderr.strip().splitlines() or ["the timing process failed"])[-1])
     if profile_default:
         print(f"\ndefault model, {allocator} allocator:\n{done.stderr}")
     return json.loads(done.stdout)
